@@ -1,0 +1,5 @@
+"""`python -m localhost_ai` runs the CLI."""
+
+from localhost_ai.cli import main
+
+main()

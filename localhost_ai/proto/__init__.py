@@ -1,0 +1,1 @@
+"""The gRPC contract between host and backends: backend.proto and its generated stubs."""

@@ -1,0 +1,1 @@
+"""Recipe for the embedded tiny-shapes text-to-image model."""
