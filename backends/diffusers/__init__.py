@@ -1,0 +1,1 @@
+"""The diffusers backend: local Hugging Face diffusers pipelines (run backend.py as a script)."""
