@@ -1,0 +1,1 @@
+"""Pydantic request/response models that mirror OpenAI, plus our extension fields."""
