@@ -12,11 +12,11 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from localhost_ai.durations import parse_duration
 
@@ -41,7 +41,8 @@ class Settings(BaseSettings):
         Path(tempfile.gettempdir()) / "localhost-ai" / "generated-images",
         description="Where images returned as URLs are stored.",
     )
-    galleries: list[str] = Field(
+    # NoDecode: the env var may be a JSON list or comma-separated; _list below parses both.
+    galleries: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [str(REPO_ROOT / "gallery" / "index.yaml")],
         description="Gallery index files or URLs (JSON list or comma-separated).",
     )

@@ -7,7 +7,8 @@ import json
 
 missing = [m for m in ("torch", "diffusers", "transformers", "safetensors") if importlib.util.find_spec(m) is None]
 if missing:
-    result = {"usable": False, "reason": f"missing packages: {', '.join(missing)} (pip install 'localhost-ai[diffusers]')"}
+    hint = "pip install 'localhost-ai[diffusers]'"
+    result = {"usable": False, "reason": f"missing packages: {', '.join(missing)} ({hint})"}
 else:
     result = {"usable": True, "reason": "torch and diffusers are installed (device chosen at load: cuda, mps, cpu)"}
 print(json.dumps(result))

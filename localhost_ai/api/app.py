@@ -35,6 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await manager.shutdown()
+            app.state.installer.close()
 
     app = FastAPI(title="localhost-ai", version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -72,7 +73,5 @@ async def _preload(app: FastAPI) -> None:
     settings = app.state.settings
     if not settings.preload_models and not settings.preload_models_config:
         return
-    errors = await asyncio.to_thread(run_preloads, settings, app.state.installer)
-    app.state.preload_errors = errors
-    for message in errors:
-        log.error("preload failed: %s", message)
+    # run_preloads logs every failure itself and leaves each one visible on GET /models/jobs.
+    app.state.preload_errors = await asyncio.to_thread(run_preloads, settings, app.state.installer)

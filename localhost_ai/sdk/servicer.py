@@ -47,7 +47,10 @@ class BackendServicer(pb_grpc.BackendServicer):
         try:
             self._worker.submit(self.backend.load, options).result()
         except Exception as exc:  # reported in the Result, as LocalAI's backends do
-            log.exception("loading %s failed", options.model)
+            if isinstance(exc, (OSError, ValueError)):  # expected: bad path or config, no traceback needed
+                log.error("loading %s failed: %s", options.model, exc)
+            else:
+                log.exception("loading %s failed", options.model)
             self.state = State.ERROR
             return pb.Result(success=False, message=f"{type(exc).__name__}: {exc}")
         self.state = State.READY
