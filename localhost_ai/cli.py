@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from localhost_ai.convert_cli import add_convert_parser
 from localhost_ai.settings import Settings, add_settings_arguments, settings_from_args
 
 
@@ -178,12 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_settings_arguments(p)
         p.set_defaults(func=cmd_models)
 
-    try:
-        from localhost_ai.convert_cli import add_convert_parser
-    except ImportError:  # the converter ships with the onnx backend
-        pass
-    else:
-        add_convert_parser(sub, add_settings_arguments)
+    add_convert_parser(sub, add_settings_arguments)
     return parser
 
 
