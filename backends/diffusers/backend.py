@@ -15,27 +15,10 @@ except ImportError:  # run as a script from a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from localhost_ai.sdk import BackendInvalidArgument, GenerationRequest, ImageBackend, LoadOptions, ProgressFn, serve
+from localhost_ai.sdk.schedulers import scheduler_spec
 
 log = logging.getLogger("localhost_ai.backends.diffusers")
 
-# LocalAI's scheduler names -> (diffusers class, extra config). A "k_" prefix adds Karras sigmas.
-SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddim": ("DDIMScheduler", {}),
-    "ddpm": ("DDPMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "lms": ("LMSDiscreteScheduler", {}),
-    "dpm_2": ("KDPM2DiscreteScheduler", {}),
-    "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    # DPMSolverSDEScheduler needs the optional torchsde package; LocalAI maps this name to the
-    # single-step solver too.
-    "dpmpp_sde": ("DPMSolverSinglestepScheduler", {}),
-    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 DEFAULT_STRENGTH = 0.75
 
@@ -88,18 +71,6 @@ def transformers_logging() -> Any:
     from transformers.utils import logging as hf_logging
 
     return hf_logging
-
-
-def scheduler_spec(name: str) -> tuple[str, dict[str, Any]]:
-    """LocalAI's scheduler `name` (e.g. "euler_a", "k_dpmpp_2m") as a diffusers class name and config overrides."""
-    key = name.strip().lower()
-    karras = key.startswith("k_")
-    key = key.removeprefix("k_")
-    if key not in SCHEDULERS:
-        known = ", ".join(sorted(SCHEDULERS))
-        raise ValueError(f"unknown scheduler_type {name!r}; known: {known} (prefix k_ for Karras sigmas)")
-    class_name, overrides = SCHEDULERS[key]
-    return class_name, {**overrides, **({"use_karras_sigmas": True} if karras else {})}
 
 
 def build_scheduler(name: str, config: Any) -> Any:

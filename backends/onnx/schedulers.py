@@ -14,39 +14,12 @@ from typing import Any
 
 import numpy as np
 
-# LocalAI's `scheduler_type` names -> (diffusers class, extra config), the same table as the diffusers
-# backend's; a "k_" prefix adds Karras sigmas.
-SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddim": ("DDIMScheduler", {}),
-    "ddpm": ("DDPMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "lms": ("LMSDiscreteScheduler", {}),
-    "dpm_2": ("KDPM2DiscreteScheduler", {}),
-    "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "dpmpp_sde": ("DPMSolverSinglestepScheduler", {}),
-    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-}
+from localhost_ai.sdk.schedulers import scheduler_spec
 
 
 def resolve_scheduler(name: str) -> tuple[str, dict[str, Any]] | None:
     """LocalAI name -> (class name, extra config); None for "" (keep the saved scheduler)."""
-    key = (name or "").strip().lower()
-    if not key:
-        return None
-    extra: dict[str, Any] = {}
-    if key.startswith("k_"):
-        key = key[2:]
-        extra["use_karras_sigmas"] = True
-    if key not in SCHEDULERS:
-        known = ", ".join(sorted(SCHEDULERS))
-        raise ValueError(f"unknown scheduler_type {name!r}; known: {known} (prefix k_ for Karras sigmas)")
-    class_name, config_extra = SCHEDULERS[key]
-    return class_name, {**config_extra, **extra}
+    return scheduler_spec(name) if (name or "").strip() else None
 
 
 class TorchCompatibleRNG:
