@@ -1,1 +1,1 @@
-"""The MLX backend (Apple Silicon): reports why it cannot run here; no MLX model port ships yet."""
+"""The MLX backend: Stable Diffusion 1.x/2.x ported to MLX (Apple Silicon; mlx[cpu] on Linux for testing)."""

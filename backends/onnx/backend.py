@@ -16,18 +16,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from localhost_ai.sdk import (  # noqa: E402
-    BackendInvalidArgument,
     GenerationRequest,
     ImageBackend,
     LoadOptions,
     ProgressFn,
     serve,
 )
+from localhost_ai.sdk.sd_generation import build_generation  # noqa: E402
 
 log = logging.getLogger("localhost_ai.backends.onnx")
-DEFAULT_STEPS = 50  # diffusers' own default when a request says 0
-DEFAULT_GUIDANCE = 7.5
-DEFAULT_STRENGTH = 0.75  # as the diffusers backend
 
 
 def _truthy(value: str) -> bool:
@@ -71,57 +68,10 @@ class OnnxBackend(ImageBackend):
         )
 
     def generate(self, request: GenerationRequest, progress: ProgressFn) -> list:
-        from backends.onnx.pipeline import Generation
-
         if self.pipeline is None or self.options is None:
             raise RuntimeError("no model is loaded")
         pipe = self.pipeline
-        width = request.width or pipe.default_size
-        height = request.height or pipe.default_size
-        image = None
-        if request.src_image:
-            image = self._source_image(request)
-            # As diffusers' img2img: the source's size, rounded down to the VAE's multiple.
-            width, height = (side - side % pipe.vae_scale for side in image.size)
-        if width <= 0 or height <= 0 or width % pipe.vae_scale or height % pipe.vae_scale:
-            raise BackendInvalidArgument(
-                f"width={width} and height={height} must be positive multiples of {pipe.vae_scale} for this model"
-            )
-        guidance = request.guidance_scale
-        if guidance is None:
-            guidance = self.options.cfg_scale if self.options.cfg_scale > 0 else DEFAULT_GUIDANCE
-        opts = {**self.options.option_pairs(), **request.options}
-        try:
-            eta = float(opts.get("eta", 0.0))
-            clip_skip = int(opts.get("clip_skip", self.options.clip_skip or 0))
-        except ValueError as exc:
-            raise BackendInvalidArgument(f"bad option value: {exc}") from None
-        gen = Generation(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            width=width,
-            height=height,
-            steps=request.steps or DEFAULT_STEPS,
-            guidance_scale=float(guidance),
-            seeds=request.seeds,
-            clip_skip=clip_skip,
-            eta=eta,
-            image=image,
-            strength=request.strength if request.strength is not None else DEFAULT_STRENGTH,
-        )
-        return pipe(gen, progress)
-
-    @staticmethod
-    def _source_image(request: GenerationRequest):
-        from localhost_ai.sdk.servicer import decode_image
-
-        try:
-            image = decode_image(request.src_image)
-        except Exception as exc:
-            raise BackendInvalidArgument(f"src_image is not a readable image: {exc}") from exc
-        if request.width and request.height:
-            image = image.resize((request.width, request.height))
-        return image
+        return pipe(build_generation(request, self.options, pipe.vae_scale, pipe.default_size), progress)
 
     def free(self) -> None:
         self.pipeline = None

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from backends.onnx.schedulers import make_scheduler
+from localhost_ai.sdk.sd_generation import Generation
 
 MANIFEST = "onnx_model.json"
 ProgressFn = Callable[[int, int], None]
@@ -55,21 +55,6 @@ def providers_for(device: str) -> list[Any]:
     if device not in ("", "auto", "cpu"):
         raise ValueError(f"the onnx backend runs on cpu or cuda, not {device!r}")
     return ["CPUExecutionProvider"]
-
-
-@dataclass
-class Generation:
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    seeds: list[int]
-    clip_skip: int = 0
-    eta: float = 0.0
-    image: Any = None  # PIL image for img2img
-    strength: float = 0.8
 
 
 class OnnxStableDiffusion:

@@ -1,4 +1,4 @@
-"""Routes of the images API: generations (JSON or SSE progress stream) and the files behind URLs."""
+"""Routes of the images API: generations and edits (JSON or SSE progress stream) and the files behind URLs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import ValidationError
 
-from localhost_ai.errors import APIError
-from localhost_ai.protocol.images import ImageGenerationRequest, ImagesResponse
+from localhost_ai.errors import APIError, InvalidRequest
+from localhost_ai.protocol.images import ImageEditRequest, ImageGenerationRequest, ImagesResponse
 from localhost_ai.serving.images import ImageService
 
 router = APIRouter()
@@ -25,6 +27,28 @@ def _service(request: Request) -> ImageService:
 async def create_image(body: ImageGenerationRequest, request: Request) -> ImagesResponse | StreamingResponse:
     service = _service(request)
     prepared = service.prepare(body)  # 4xx errors surface here, before any stream starts
+    base_url = str(request.base_url)
+    if not body.stream:
+        return await service.generate(body, base_url, prepared=prepared)
+    return StreamingResponse(_stream(service, body, base_url, prepared), media_type="text/event-stream")
+
+
+@router.post("/v1/images/edits", response_model=None)
+async def edit_image(request: Request) -> ImagesResponse | StreamingResponse:
+    """OpenAI's multipart edits: `image` (or `image[]`) is the img2img source; `mask` is not supported."""
+    service = _service(request)
+    form = await request.form()
+    uploads = [v for k, v in form.multi_items() if k in ("image", "image[]") and hasattr(v, "read")]
+    if not uploads:
+        raise InvalidRequest("Missing required parameter: 'image' (a PNG, JPEG or WebP file).", param="image")
+    if "mask" in form:
+        raise InvalidRequest("Masks (inpainting) are not supported; send the image alone for img2img.", param="mask")
+    fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+    try:
+        body = ImageEditRequest.model_validate(fields)
+    except ValidationError as exc:  # rendered like JSON bodies' errors, by the one error handler
+        raise RequestValidationError(exc.errors()) from None
+    prepared = service.prepare_edit(body, await uploads[0].read())
     base_url = str(request.base_url)
     if not body.stream:
         return await service.generate(body, base_url, prepared=prepared)

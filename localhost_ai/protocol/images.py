@@ -60,6 +60,12 @@ class ImageGenerationRequest(BaseModel):
         return self.num_inference_steps or self.step
 
 
+class ImageEditRequest(ImageGenerationRequest):
+    """POST /v1/images/edits (multipart): the generation fields plus the source image's strength."""
+
+    strength: float | None = Field(None, gt=0, le=1, description="How much to change the image (img2img).")
+
+
 class ImageData(BaseModel):
     b64_json: str | None = None
     url: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import random
 import re
@@ -14,7 +15,7 @@ from pathlib import Path
 from localhost_ai.config import ModelConfig, parse_size
 from localhost_ai.errors import InvalidRequest, NotFound
 from localhost_ai.proto import backend_pb2 as pb
-from localhost_ai.protocol.images import ImageData, ImageGenerationRequest, ImagesResponse
+from localhost_ai.protocol.images import ImageData, ImageEditRequest, ImageGenerationRequest, ImagesResponse
 from localhost_ai.runtime.client import GeneratedImage
 from localhost_ai.runtime.manager import ModelManager
 from localhost_ai.serving.registry import ModelRegistry
@@ -74,6 +75,19 @@ def to_backend_request(req: ImageGenerationRequest, config: ModelConfig, max_sid
     return msg
 
 
+def source_size(image: bytes) -> tuple[int, int]:
+    """(width, height) of an uploaded PNG/JPEG/WebP; 400 if it is not one."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(image)) as opened:
+            if opened.format not in {"PNG", "JPEG", "WEBP"}:
+                raise InvalidRequest(f"Unsupported image format {opened.format}: use PNG, JPEG or WebP.", param="image")
+            return opened.size
+    except (UnidentifiedImageError, OSError):
+        raise InvalidRequest("The 'image' file is not a readable PNG, JPEG or WebP image.", param="image") from None
+
+
 class ImageStore:
     """Files behind `response_format=url`, served from /generated-images/<file>."""
 
@@ -105,6 +119,17 @@ class ImageService:
         """Everything that can fail with a 4xx happens here, before a backend is touched."""
         config = self.registry.resolve(req.model)
         return config, to_backend_request(req, config, self.settings.max_image_side)
+
+    def prepare_edit(self, req: ImageEditRequest, image: bytes) -> tuple[ModelConfig, pb.GenerateImagesRequest]:
+        """An img2img request: the size defaults to the source's, rounded down to a multiple of 8."""
+        width, height = source_size(image)
+        if req.size is None or req.size == "auto":
+            req = req.model_copy(update={"size": f"{max(8, width // 8 * 8)}x{max(8, height // 8 * 8)}"})
+        config, msg = self.prepare(req)
+        msg.src_image = image
+        if req.strength is not None:
+            msg.strength = req.strength
+        return config, msg
 
     async def generate(
         self,

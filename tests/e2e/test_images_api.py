@@ -260,3 +260,23 @@ def test_host_never_imports_torch(server):
     assert "libtorch" not in maps and "torch/lib" not in maps
     backend_pid = ps(server)["shapes"]["pid"]
     assert "libtorch" in Path(f"/proc/{backend_pid}/maps").read_text()  # the check can see torch
+
+
+def test_edits_runs_img2img_on_the_uploaded_image(server):
+    source = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(source, format="PNG")
+
+    def edit(**fields):
+        files = {"image": ("src.png", source.getvalue(), "image/png")}
+        data = {"model": "shapes", "prompt": "a blue square", "seed": "3", **fields}
+        return httpx.post(f"{server.base_url}/v1/images/edits", data=data, files=files, timeout=120)
+
+    response = edit(strength="0.5")
+    [png] = images_of(response)
+    assert Image.open(io.BytesIO(png)).size == (64, 48)  # the source's size by default
+    assert images_of(edit(strength="0.5")) == [png]
+    assert images_of(edit(strength="0.9")) != [png]
+    bad = edit(strength="2")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "strength"
+    missing = httpx.post(f"{server.base_url}/v1/images/edits", data={"prompt": "x", "model": "shapes"}, timeout=30)
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "image"
