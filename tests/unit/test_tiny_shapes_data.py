@@ -31,12 +31,15 @@ def test_mask_has_named_shape(shape: str, low: float, high: float) -> None:
     y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
     corners = [mask[y0, x0], mask[y0, x1], mask[y1, x0], mask[y1, x1]]
     # Only the square fills its top corners; the triangle fills its bottom ones.
-    assert corners == {
-        "circle": [False] * 4,
-        "square": [True] * 4,
-        "triangle": [False, False, True, True],
-        "cross": [False] * 4,
-    }[shape]
+    assert (
+        corners
+        == {
+            "circle": [False] * 4,
+            "square": [True] * 4,
+            "triangle": [False, False, True, True],
+            "cross": [False] * 4,
+        }[shape]
+    )
     if shape == "cross":
         assert mask[(y0 + y1) // 2, x0] and mask[y0, (x0 + x1) // 2]
 
@@ -72,17 +75,20 @@ def test_parse_prompt_round_trips() -> None:
         parsed = data.parse_prompt(spec.prompt())
         assert parsed is not None
         assert (parsed.colour, parsed.shape, parsed.background, parsed.size, parsed.position) == (
-            spec.colour, spec.shape, spec.background, spec.size, spec.position)
+            spec.colour,
+            spec.shape,
+            spec.background,
+            spec.size,
+            spec.position,
+        )
     assert data.parse_prompt("a big violet cross on a grey background").background == "gray"
     assert data.parse_prompt("a landscape at dusk") is None
 
 
 def test_prompt_mentions_non_default_words() -> None:
-    spec = data.ShapeSpec("orange", "triangle", "black", "small", "left", say_background=False,
-                          say_position=False)
+    spec = data.ShapeSpec("orange", "triangle", "black", "small", "left", say_background=False, say_position=False)
     assert spec.prompt() == "a small orange triangle on the left on a black background"
-    assert data.ShapeSpec("orange", "circle", say_background=False,
-                          say_position=False).prompt() == "an orange circle"
+    assert data.ShapeSpec("orange", "circle", say_background=False, say_position=False).prompt() == "an orange circle"
 
 
 def test_same_seed_same_sample() -> None:
@@ -92,3 +98,53 @@ def test_same_seed_same_sample() -> None:
     img_b, _ = data.draw(a[1], 64)
     assert np.array_equal(np.asarray(img_a), np.asarray(img_b))
     assert data.sample_spec(np.random.default_rng(8)) != a[0]
+
+
+def _score():
+    from models.recipes.tiny_shapes import score
+
+    return score
+
+
+def test_scorer_accepts_matching_drawing_and_rejects_others() -> None:
+    score = _score()
+    image, _ = data.draw(data.ShapeSpec("red", "circle"), 64)
+    good = score.score_image(image, "a red circle")
+    assert good.colour_ok and good.shape_ok
+    colour_ok, shape_ok, details = score.score_image(image, "a blue square")
+    assert not colour_ok and not shape_ok
+    assert details["colour"] == "red" and details["shape"] == "circle"
+
+
+def test_scorer_recognises_every_drawn_colour_and_shape() -> None:
+    score = _score()
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        spec = data.sample_spec(rng)
+        image, _ = data.draw(spec, 64)
+        result = score.score_image(image, spec.prompt())
+        assert result.colour_ok and result.shape_ok, (spec.prompt(), result.details)
+        wrong = next(s for s in data.SHAPES if s != spec.shape)
+        assert not score.score_image(image, f"a {spec.colour} {wrong}").shape_ok
+
+
+def test_scorer_fails_blank_and_noise_images() -> None:
+    from PIL import Image
+
+    score = _score()
+    blank = Image.new("RGB", (64, 64), (255, 255, 255))
+    assert tuple(score.score_image(blank, "a red circle"))[:2] == (False, False)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    assert not score.score_image(noise, "a green triangle").shape_ok
+
+
+def test_held_out_pairs_are_balanced_and_stable() -> None:
+    from models.recipes.tiny_shapes.evaluate import held_out_pairs
+
+    pairs = held_out_pairs()
+    assert len(pairs) >= 48 and pairs == held_out_pairs(48)
+    specs = [data.parse_prompt(prompt) for prompt, _ in pairs]
+    assert all(spec is not None for spec in specs)
+    assert {s.colour for s in specs} == set(data.PALETTE)
+    assert {s.shape for s in specs} == set(data.SHAPES)
+    assert len({seed for _, seed in pairs}) == len(pairs)

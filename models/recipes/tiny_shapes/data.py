@@ -104,8 +104,7 @@ def sample_spec(rng: np.random.Generator) -> ShapeSpec:
     scale = float(rng.uniform(0.92, 1.08))
     say_background = bool(rng.random() < 0.5)
     say_position = bool(rng.random() < 0.5)
-    return ShapeSpec(colour, shape, background, size, position, dx, dy, scale,
-                     say_background, say_position)
+    return ShapeSpec(colour, shape, background, size, position, dx, dy, scale, say_background, say_position)
 
 
 def shape_box(spec: ShapeSpec, size: int) -> tuple[float, float, float, float]:
@@ -179,6 +178,5 @@ def parse_prompt(text: str) -> ShapeSpec | None:
 
 def all_words() -> list[str]:
     """Every word the grammar can emit (used to build the tokenizer's training corpus)."""
-    phrases = [*POSITION_PHRASES.values(), "a an on background", *PALETTE, *BACKGROUNDS,
-               *SHAPES, *SIZES]
+    phrases = [*POSITION_PHRASES.values(), "a an on background", *PALETTE, *BACKGROUNDS, *SHAPES, *SIZES]
     return sorted({w for p in phrases for w in p.split()})
