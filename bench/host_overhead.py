@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, the same in-process and in the backend")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     model = args.model.resolve()
@@ -51,6 +52,7 @@ def main() -> None:
     import torch
     from diffusers import AutoPipelineForText2Image
 
+    torch.set_num_threads(args.threads)
     pipe = AutoPipelineForText2Image.from_pretrained(model, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
 
@@ -72,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "bench.yaml").write_text(
             f"name: bench\nparameters:\n  model: {model}\nstep: {args.steps}\ncfg_scale: {args.guidance}\n"
-            f"size: {args.size}\n"
+            f"size: {args.size}\nthreads: {args.threads}\n"
         )
         server = ServerProcess(Path(tmp)).start()
         try:
@@ -90,7 +92,10 @@ def main() -> None:
             server.stop()
 
     med = statistics.median
-    print(f"model {model.name}, {args.size}, {args.steps} steps, guidance {args.guidance}, {args.runs} runs")
+    print(
+        f"model {model.name}, {args.size}, {args.steps} steps, guidance {args.guidance}, "
+        f"{args.runs} runs, {args.threads} thread(s)"
+    )
     print(f"in-process pipeline call : {med(direct) * 1000:8.1f} ms/image (median)")
     print(f"HTTP end-to-end          : {med(http) * 1000:8.1f} ms/image (median)")
     print(f"host overhead ratio      : {med(http) / med(direct):8.3f}x  (HTTP / in-process; 1.0 = no overhead)")
