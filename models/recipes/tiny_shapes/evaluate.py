@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=Path("models/tiny-shapes"))
     parser.add_argument("--count", type=int, default=48)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, default=4.0)
+    parser.add_argument("--cfg", type=float, default=3.0)  # the shipped YAML's cfg_scale
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--grid", type=Path, default=None, help="save all images as one PNG")

@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--decoder-steps", type=int, default=1500)
-    parser.add_argument("--unet-steps", type=int, default=2000)
+    parser.add_argument("--unet-steps", type=int, default=4000)
     parser.add_argument("--vae-batch", type=int, default=24)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
