@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from localhost_ai.config import ModelConfig
 from localhost_ai.errors import BackendBusy, BackendCrashed, BackendLoadFailed, BackendTimeout, InvalidRequest
@@ -172,5 +174,26 @@ def test_keep_alive_and_lru_eviction(tmp_path):
         finally:
             await manager.shutdown()
         assert not manager.runners
+
+    run(scenario())
+
+
+def test_localai_backend_without_streaming_falls_back_to_unary_calls(tmp_path):
+    async def scenario():
+        manager = ModelManager(make_settings(tmp_path))
+        try:
+            runner = await manager.runner(model("l", backend="localai"))
+            images = await runner.generate(request(n=2, seed=40))
+            assert not runner.client.streaming_supported
+            assert [img.seed for img in images] == [40, 41]
+            # the fake paints each image's red channel with its seed: each unary call got its own seed
+            reds = [Image.open(io.BytesIO(img.data)).getpixel((8, 8))[0] for img in images]
+            assert reds == [40, 41]
+            msg = request(n=1, seed=7)
+            msg.output_format = "jpeg"
+            [jpeg] = await runner.generate(msg)
+            assert jpeg.mime_type == "image/jpeg" and Image.open(io.BytesIO(jpeg.data)).format == "JPEG"
+        finally:
+            await manager.shutdown()
 
     run(scenario())
