@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.onnx.schedulers import make_scheduler
+from backends.onnx.schedulers import initial_latents, make_scheduler
 from localhost_ai.sdk.sd_generation import Generation
 
 MANIFEST = "onnx_model.json"
@@ -164,21 +164,7 @@ class OnnxStableDiffusion:
         sched.set_timesteps(gen.steps)
         rngs = sched.make_rngs(gen.seeds)
         shape = (1, self.latent_channels, gen.height // self.vae_scale, gen.width // self.vae_scale)
-        start = 0
-        if gen.image is not None:
-            init_latents = self.encode_image(gen.image, gen.width, gen.height, rngs)
-            strength = min(max(float(gen.strength), 0.0), 1.0)
-            init_steps = min(int(gen.steps * strength), gen.steps)
-            start = max(gen.steps - init_steps, 0) * sched.order
-            if start >= len(sched.timesteps):
-                raise ValueError("strength is too low: no denoising step would run")
-            sched.set_begin_index(start)
-            noise = np.concatenate([rng.randn(shape) for rng in rngs])
-            latents = sched.add_noise(init_latents, noise, start)
-        else:
-            latents = np.concatenate([rng.randn(shape) for rng in rngs])
-            if sched.init_noise_sigma != 1.0:
-                latents = latents * np.float32(sched.init_noise_sigma)
+        latents, start = initial_latents(sched, gen, shape, rngs, self.encode_image)
 
         timesteps = sched.timesteps
         total = len(timesteps) - start

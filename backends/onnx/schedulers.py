@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +248,24 @@ class TorchScheduler:
 
         t = self.scheduler.timesteps[index : index + 1].repeat(original.shape[0])
         return self.scheduler.add_noise(torch.from_numpy(original), torch.from_numpy(noise), t).numpy()
+
+
+def initial_latents(
+    sched: Any, gen: Any, shape: tuple[int, ...], rngs: list, encode_image: Callable[..., np.ndarray]
+) -> tuple[np.ndarray, int]:
+    """The batch's starting latents and first step index, as diffusers draws them: per-image torch-compatible
+    noise (txt2img), or the encoded source noised to the step `strength` starts from (img2img).
+    `encode_image(image, width, height, rngs)` runs first, since it draws from the same generators."""
+    if gen.image is None:
+        latents = np.concatenate([rng.randn(shape) for rng in rngs])
+        if sched.init_noise_sigma != 1.0:
+            latents = latents * np.float32(sched.init_noise_sigma)
+        return latents, 0
+    init_latents = encode_image(gen.image, gen.width, gen.height, rngs)
+    strength = min(max(float(gen.strength), 0.0), 1.0)
+    start = max(gen.steps - min(int(gen.steps * strength), gen.steps), 0) * sched.order
+    if start >= len(sched.timesteps):
+        raise ValueError("strength is too low: no denoising step would run")
+    sched.set_begin_index(start)
+    noise = np.concatenate([rng.randn(shape) for rng in rngs])
+    return sched.add_noise(init_latents, noise, start), start
